@@ -1,0 +1,132 @@
+"""Generator and discriminator of torch-gan, ported from Torch7.
+
+The layers, their order and the initialisation follow `train_lfw.lua`:
+at the defaults G has 7,484,675 parameters and D 6,500,897, as in the Lua.
+Nothing is read or written here.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+VALID_SCALES = (32, 64)
+
+
+def _doublings(scale):
+    """Return how many 2x upsamplings take the 8x8 seed of G to `scale`."""
+    if scale not in VALID_SCALES:
+        raise ValueError(f"invalid scale {scale}: use one of {VALID_SCALES}")
+    return int(math.log2(scale // 8))
+
+
+def _generator_channels(ngf, doublings):
+    """Return the output channels of G's upsampling convolutions.
+
+    At scale 64 the Lua uses 2*ngf, 2*ngf, ngf. At scale 32 the middle
+    2*ngf -> 2*ngf convolution is dropped.
+    """
+    if doublings == 3:
+        return [2 * ngf, 2 * ngf, ngf]
+    return [2 * ngf, ngf]
+
+
+class Generator(nn.Module):
+    """G: noise (N, noise_dim) -> images (N, 3, scale, scale), unbounded.
+
+    The Lua clips samples with HardTanh only when plotting, so training
+    sees the raw convolution output; `train_lfw.py` does the same.
+    """
+
+    def __init__(self, noise_dim=512, scale=64, ngf=128):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.ngf = ngf
+        self.linear = nn.Linear(noise_dim, ngf * 8 * 8)
+        layers = []
+        in_channels = ngf
+        for out_channels in _generator_channels(ngf, _doublings(scale)):
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(in_channels, out_channels, 5, padding=2),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+            in_channels = out_channels
+        layers.append(nn.Conv2d(in_channels, 3, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z):
+        x = self.linear(z).view(-1, self.ngf, 8, 8)  # (N, ngf, 8, 8)
+        x = torch.relu(x)
+        return self.body(x)  # (N, 3, scale, scale)
+
+
+class Discriminator(nn.Module):
+    """D: images (N, 3, scale, scale) -> probability of being real, (N, 1).
+
+    Three 5x5 convolutions, each halving the size by 2x2 max pooling, with
+    ReLU and spatial dropout 0.2, then a dense layer of 32*ndf units with
+    dropout 0.5. `batch_norm=True` puts batch norm after each convolution.
+    """
+
+    def __init__(self, scale=64, ndf=32, batch_norm=False):
+        super().__init__()
+        _doublings(scale)
+        layers = []
+        in_channels = 3
+        for out_channels in (ndf, 2 * ndf, 3 * ndf):
+            layers.append(nn.Conv2d(in_channels, out_channels, 5, padding=2))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            # The Lua pools before the ReLU in the first two blocks and after it
+            # in the third; both orders give the same result, so one is used.
+            layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True), nn.Dropout2d(0.2)]
+            in_channels = out_channels
+        side = scale // 8
+        layers += [
+            nn.Flatten(),  # (N, 3*ndf * side * side)
+            nn.Linear(3 * ndf * side * side, 32 * ndf),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(32 * ndf, 1),
+            nn.Sigmoid(),
+        ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def torch7_init_(module):
+    """Initialise weights as Torch7's `nn` did in 2015, in place.
+
+    Linear and convolution layers: weight and bias uniform in
+    [-1/sqrt(fan_in), 1/sqrt(fan_in)]. Batch norm: weight uniform in [0, 1],
+    bias 0, which is what `nn.BatchNormalization:reset()` did then.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.uniform_(m.bias, -bound, bound)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.0, 1.0)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def build_generator(noise_dim=512, scale=64, ngf=128):
+    """Build G with Torch7 initialisation."""
+    return torch7_init_(Generator(noise_dim, scale, ngf))
+
+
+def build_discriminator(scale=64, ndf=32, batch_norm=False):
+    """Build D with Torch7 initialisation."""
+    return torch7_init_(Discriminator(scale, ndf, batch_norm))
+
+
+def count_parameters(module):
+    """Return the number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,574 @@
+"""Train the torch-gan generator and discriminator on LFW faces.
+
+A port of `train_lfw.lua` and `lfw_adverserial.lua`. Reads the LFW cache
+that `data_lfw.py` builds (or builds it from `--data`) and writes into
+`--save`: `log.csv` (one row per batch), `epochs.csv` (one row per epoch),
+`samples_epoch_NNN.png` (a 10x10 grid from a fixed noise batch) and the
+checkpoint `adversarial.pt` (previous one kept as `adversarial.pt.old`).
+
+    python train_lfw.py --gpu 0 --data path/to/lfw-deepfunneled.tgz
+    python train_lfw.py --network logs512_lfw64/adversarial.pt   # resume
+"""
+
+import argparse
+import csv
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+import data_lfw
+import models
+import optim_state
+from optim_state import balance_l2, balance_margin
+
+CHECKPOINT_NAME = "adversarial.pt"
+LOG_COLUMNS = [
+    "epoch", "batch", "iteration", "err_gen", "err_fake", "err_real",
+    "optimize_D", "optimize_G", "coefL2_D", "lr_D", "lr_G", "time_s",
+]
+EPOCH_COLUMNS = [
+    "epoch", "err_gen", "err_fake", "err_real", "skipped_D", "skipped_G",
+    "coefL2_D", "lr", "train_acc", "val_acc_real", "val_acc_fake", "val_acc",
+    "images_per_s", "time_s",
+]
+# Options that fix the shape of the networks: a resumed run must match them.
+ARCHITECTURE_OPTIONS = ("scale", "noiseDim", "ngf", "ndf", "bnD")
+BALANCE_CHOICES = ("none", "margin", "l2", "margin+l2")
+
+
+class TrainingError(Exception):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train the torch-gan GAN on LFW faces.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # Options of the Lua, with its names and defaults.
+    p.add_argument("-s", "--save", default="logs512_lfw64", help="folder for logs, grids and checkpoints")
+    p.add_argument("--saveFreq", type=int, default=1, help="write a checkpoint every saveFreq epochs")
+    p.add_argument("-n", "--network", default="", help="checkpoint to resume from")
+    p.add_argument("-r", "--learningRate", type=float, default=0.001, help="initial learning rate")
+    p.add_argument("-b", "--batchSize", type=int, default=128, help="images per batch, half real and half fake for D")
+    p.add_argument("-m", "--momentum", type=float, default=0.0, help="momentum, for SGD only")
+    p.add_argument("--coefL1", type=float, default=0.0, help="L1 penalty on D's weights")
+    p.add_argument("--coefL2", type=float, default=0.0, help="initial L2 penalty on D's weights")
+    p.add_argument("-t", "--threads", type=int, default=4, help="CPU threads, capped at the number of cores")
+    p.add_argument("-g", "--gpu", type=int, default=0, help="CUDA device index; -1 for the CPU")
+    p.add_argument("-d", "--noiseDim", type=int, default=512, help="dimension of the noise vector")
+    p.add_argument("--K", type=int, default=1, help="D updates per G update")
+    p.add_argument("--scale", type=int, default=64, help="image size in pixels, 32 or 64")
+    # Options added by the port.
+    p.add_argument("--data", default=None, help="LFW archive (.tgz), extracted folder or HDF5 cache; "
+                   "default: data/lfw-deepfunneled.tgz, downloaded when missing")
+    p.add_argument("--epochs", type=int, default=100, help="stop after this many epochs")
+    p.add_argument("--epochSize", type=int, default=0, help="real images per epoch; 0 for all training images")
+    p.add_argument("--nval", type=int, default=233, help="images held out to test D")
+    p.add_argument("--balance", choices=BALANCE_CHOICES, default="margin",
+                   help="balancing heuristic: skip updates by a margin, adapt D's L2 penalty, both or none")
+    p.add_argument("--margin", type=float, default=0.3, help="margin of the skip rule")
+    p.add_argument("--optimizer", choices=sorted(optim_state.OPTIMIZERS), default="rmsprop")
+    p.add_argument("--ngf", type=int, default=128, help="G filters: G's convolutions have 2*ngf, 2*ngf, ngf")
+    p.add_argument("--ndf", type=int, default=32, help="D filters: D's convolutions have ndf, 2*ndf, 3*ndf")
+    p.add_argument("--bnD", action="store_true", help="batch norm after each convolution of D")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
+    return p
+
+
+def validate_options(opt):
+    """Raise TrainingError for out-of-range options, naming the valid range."""
+    if opt.batchSize < 2 or opt.batchSize % 2:
+        raise TrainingError(f"invalid --batchSize {opt.batchSize}: use an even number >= 2")
+    if opt.scale not in models.VALID_SCALES:
+        raise TrainingError(f"invalid --scale {opt.scale}: use one of {models.VALID_SCALES}")
+    if opt.learningRate <= 0:
+        raise TrainingError(f"invalid --learningRate {opt.learningRate}: use a value > 0")
+    for name in ("noiseDim", "ngf", "ndf", "K", "epochs", "saveFreq", "threads"):
+        if getattr(opt, name) < 1:
+            raise TrainingError(f"invalid --{name} {getattr(opt, name)}: use a value >= 1")
+    for name in ("epochSize", "nval", "coefL1", "coefL2", "momentum"):
+        if getattr(opt, name) < 0:
+            raise TrainingError(f"invalid --{name} {getattr(opt, name)}: use a value >= 0")
+    if not 0 < opt.margin < 0.5:
+        raise TrainingError(f"invalid --margin {opt.margin}: use a value in (0, 0.5)")
+
+
+def parse_options(argv=None):
+    """Parse the command line; return the options and the names given explicitly."""
+    parser = build_parser()
+    opt = parser.parse_args(argv)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    explicit = set(vars(parser.parse_args(argv)))
+    return opt, explicit
+
+
+def merge_saved_options(opt, explicit, saved):
+    """Continue a resumed run with its saved options, except those given now.
+
+    An architecture option given now that contradicts the checkpoint is
+    rejected, because the saved weights would not fit the networks. Other
+    options given now (`--epochs`, `--learningRate`, ...) override the saved
+    ones; `--save` defaults to the checkpoint's folder.
+    """
+    for name in ARCHITECTURE_OPTIONS:
+        if name in explicit and getattr(opt, name) != saved[name]:
+            raise TrainingError(
+                f"--{name} {getattr(opt, name)} contradicts the checkpoint, which was trained "
+                f"with --{name} {saved[name]}; drop the option or start a new run"
+            )
+    for name, value in saved.items():
+        if name not in explicit and name not in ("network", "save") and hasattr(opt, name):
+            setattr(opt, name, value)
+    if "save" not in explicit:
+        opt.save = str(Path(opt.network).parent)
+
+
+def select_device(gpu):
+    """Return the torch device for `--gpu`, falling back to the CPU with a message."""
+    if gpu < 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        print(f"<gpu> CUDA is not available; --gpu {gpu} falls back to the CPU")
+        return torch.device("cpu")
+    if gpu >= torch.cuda.device_count():
+        raise TrainingError(
+            f"invalid --gpu {gpu}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    print(f"<gpu> using device {gpu}")
+    return torch.device("cuda", gpu)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+def rng_state(device, data_generator):
+    """Return every random state the run uses, as tensors."""
+    state = {"torch": torch.get_rng_state(), "data": data_generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device, data_generator):
+    torch.set_rng_state(state["torch"])
+    data_generator.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path, payload):
+    """Write `payload` atomically; the previous checkpoint becomes `path.old`.
+
+    The data go to a temporary file in the same folder, which is flushed and
+    synced before the renames, so a crash or a full disk leaves the last good
+    checkpoint in place.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".old"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint with `weights_only=True`, so it cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint not found: {path}. Pass --network PATH of an adversarial.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainingError(
+            f"cannot load checkpoint {path}: {e}. Try {path.name}.old beside it"
+        ) from e
+    missing = {"G", "D", "sgdState_D", "sgdState_G", "opt", "epoch"} - set(ckpt)
+    if missing:
+        raise TrainingError(f"invalid checkpoint {path}: missing {sorted(missing)}")
+    return ckpt
+
+
+def state_to(state, device):
+    """Return a copy of an sgdState dict with its tensors moved to `device`."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+
+
+def save_grid(images, path, nrow=10, padding=2):
+    """Write images in [-1, 1], (N, 3, H, W), as one PNG grid of `nrow` columns."""
+    images = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().cpu()
+    n, c, h, w = images.shape
+    ncol = min(nrow, n)
+    nrows = math.ceil(n / ncol)
+    grid = torch.zeros(c, nrows * (h + padding) + padding, ncol * (w + padding) + padding,
+                       dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[i]
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+
+
+def truncate_csv(path, columns, keep):
+    """Keep the header and the rows of a CSV for which `keep(row)` is true."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if keep(r)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def open_csv(path, columns):
+    """Open a CSV for appending, writing the header when the file is new."""
+    new = not path.exists() or path.stat().st_size == 0
+    f = open(path, "a", newline="")
+    writer = csv.writer(f)
+    if new:
+        writer.writerow(columns)
+    return f, writer
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+class StopRequest:
+    """Turns SIGINT and SIGTERM into a flag that the loop checks after each batch."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        tqdm.write("<trainer> stop requested: finishing the batch and writing a checkpoint")
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def accuracy(outputs, targets):
+    """Return the share of outputs on the right side of 0.5."""
+    return ((outputs.view(-1) > 0.5).float() == targets.view(-1)).float().mean().item()
+
+
+@torch.no_grad()
+def test_discriminator(model_G, model_D, val_real, noise_dim, batch_size, device):
+    """Return D's accuracy on held-out real images and on as many fresh fakes.
+
+    Both networks are in eval mode, as in the Lua's `adversarial.test`.
+    """
+    model_G.eval()
+    model_D.eval()
+    real_correct = fake_correct = 0
+    for start in range(0, len(val_real), batch_size):
+        real = data_lfw.to_float(val_real[start : start + batch_size].to(device))
+        real_correct += (model_D(real) > 0.5).sum().item()
+        noise = torch.randn(len(real), noise_dim, device=device)
+        fake_correct += (model_D(model_G(noise)) <= 0.5).sum().item()
+    model_G.train()
+    model_D.train()
+    n = max(len(val_real), 1)
+    return real_correct / n, fake_correct / n
+
+
+def check_finite(value, what, epoch, batch):
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"{what} is {value} at epoch {epoch}, batch {batch}; training stopped. "
+            "The last good checkpoint is kept: resume from it with a lower --learningRate"
+        )
+
+
+def main(argv=None):
+    opt, explicit = parse_options(argv)
+    try:
+        train(opt, explicit)
+    except (TrainingError, data_lfw.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train(opt, explicit=frozenset()):
+    ckpt = load_checkpoint(opt.network) if opt.network else None
+    if ckpt:
+        merge_saved_options(opt, explicit, ckpt["opt"])
+    validate_options(opt)
+    print(vars(opt))
+
+    torch.manual_seed(opt.seed)
+    threads = min(opt.threads, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    print(f"<torch> set nb of threads to {torch.get_num_threads()}")
+    device = select_device(opt.gpu)
+    save_dir = Path(opt.save)
+    save_dir.mkdir(parents=True, exist_ok=True)
+
+    # Data: uint8 in memory (on the device), converted to [-1, 1] per batch.
+    cache = data_lfw.prepare_data(opt.data, scale=opt.scale)
+    data = torch.from_numpy(data_lfw.load_uint8(cache))
+    if opt.nval >= len(data):
+        raise TrainingError(f"invalid --nval {opt.nval}: the data has only {len(data)} images")
+    ntrain = len(data) - opt.nval
+    train_data, val_data = data[:ntrain].to(device), data[ntrain:].to(device)
+    epoch_size = opt.epochSize or ntrain
+    if epoch_size > ntrain:
+        raise TrainingError(f"invalid --epochSize {epoch_size}: use at most {ntrain}, the training images")
+    half = opt.batchSize // 2
+    batches_per_epoch = epoch_size // half
+    if batches_per_epoch == 0:
+        raise TrainingError(f"--epochSize {epoch_size} is smaller than half a batch ({half})")
+    print(f"<data> {cache}: {ntrain} training and {opt.nval} held-out images, "
+          f"{batches_per_epoch} batches per epoch")
+
+    model_G = models.build_generator(opt.noiseDim, opt.scale, opt.ngf).to(device)
+    model_D = models.build_discriminator(opt.scale, opt.ndf, opt.bnD).to(device)
+    optimize = optim_state.OPTIMIZERS[opt.optimizer]
+    data_generator = torch.Generator()
+    data_generator.manual_seed(opt.seed)
+    fixed_noise = torch.randn(100, opt.noiseDim)
+
+    if ckpt:
+        model_G.load_state_dict(ckpt["G"])
+        model_D.load_state_dict(ckpt["D"])
+        sgdState_D = state_to(ckpt["sgdState_D"], device)
+        sgdState_G = state_to(ckpt["sgdState_G"], device)
+        epoch, next_batch = ckpt["epoch"], ckpt["next_batch"]
+        iteration, elapsed = ckpt["iteration"], ckpt["time_s"]
+        fixed_noise = ckpt["fixed_noise"]
+        epoch_counts = ckpt["epoch_counts"]
+        print(f"<trainer> reloading previously trained network: {opt.network} "
+              f"(epoch {epoch}, batch {next_batch})")
+    else:
+        sgdState_D = optim_state.new_sgd_state(opt.learningRate, opt.momentum, opt.coefL2)
+        # The Lua penalises only D, so G's coefL2 stays 0.
+        sgdState_G = optim_state.new_sgd_state(opt.learningRate, opt.momentum, 0.0)
+        epoch, next_batch, iteration, elapsed = 1, 1, 0, 0.0
+        epoch_counts = None
+    fixed_noise = fixed_noise.to(device)
+    # Flatten after moving to the device: the flat tensors are what the optimizers update.
+    parameters_D, gradParameters_D = optim_state.flatten_parameters(model_D)
+    parameters_G, gradParameters_G = optim_state.flatten_parameters(model_G)
+    print("Discriminator network:", model_D, f"{parameters_D.numel():,} parameters", sep="\n")
+    print("Generator network:", model_G, f"{parameters_G.numel():,} parameters", sep="\n")
+
+    log_path, epochs_path = save_dir / "log.csv", save_dir / "epochs.csv"
+    if ckpt:
+        # Rows written after the checkpoint are replayed by the resumed run.
+        truncate_csv(log_path, LOG_COLUMNS, lambda r: int(r["iteration"]) <= iteration)
+        truncate_csv(epochs_path, EPOCH_COLUMNS, lambda r: int(r["epoch"]) < epoch)
+        set_rng_state(ckpt["rng"], device, data_generator)
+    else:
+        for path in (log_path, epochs_path):
+            path.unlink(missing_ok=True)
+        model_G.eval()
+        with torch.no_grad():
+            save_grid(model_G(fixed_noise), save_dir / "samples_epoch_000.png")
+        model_G.train()
+
+    use_margin = opt.balance in ("margin", "margin+l2")
+    use_l2 = opt.balance in ("l2", "margin+l2")
+    targets = torch.cat([torch.ones(half, 1), torch.zeros(half, 1)]).to(device)
+    ones = torch.ones(opt.batchSize, 1, device=device)
+    noise_inputs = torch.empty(opt.batchSize, opt.noiseDim, device=device)
+    monitor = {}
+
+    def fevalD(x):
+        """Return D's loss and gradient on `inputs`, deciding the margin rule first."""
+        gradParameters_D.zero_()
+        outputs = model_D(inputs)
+        err_R = F.binary_cross_entropy(outputs[:half], targets[:half])
+        err_F = F.binary_cross_entropy(outputs[half:], targets[half:])
+        monitor["err_R"], monitor["err_F"] = err_R.item(), err_F.item()
+        monitor["correct_D"] = accuracy(outputs, targets)
+        if use_margin:
+            balance_margin(monitor["err_R"], monitor["err_F"], sgdState_D, sgdState_G, opt.margin)
+        f = F.binary_cross_entropy(outputs, targets)
+        f.backward()
+        return optim_state.add_penalties(
+            f.item(), x, gradParameters_D, opt.coefL1, sgdState_D["coefL2"]
+        ), gradParameters_D
+
+    def fevalG(x):
+        """Return G's loss (fooling D, target 1) and gradient on `noise_inputs`."""
+        gradParameters_G.zero_()
+        outputs = model_D(model_G(noise_inputs))
+        f = F.binary_cross_entropy(outputs, ones)
+        f.backward()
+        return optim_state.add_penalties(
+            f.item(), x, gradParameters_G, 0.0, sgdState_G["coefL2"]
+        ), gradParameters_G
+
+    log_file, log_writer = open_csv(log_path, LOG_COLUMNS)
+    epochs_file, epochs_writer = open_csv(epochs_path, EPOCH_COLUMNS)
+    ckpt_path = save_dir / CHECKPOINT_NAME
+    model_G.train()
+    model_D.train()
+
+    def checkpoint_payload(next_epoch, batch, counts):
+        return {
+            "G": model_G.state_dict(), "D": model_D.state_dict(),
+            "sgdState_D": sgdState_D, "sgdState_G": sgdState_G,
+            "opt": {k: v for k, v in vars(opt).items()},
+            "epoch": next_epoch, "next_batch": batch, "iteration": iteration,
+            "time_s": elapsed, "fixed_noise": fixed_noise.cpu(),
+            "rng": rng_state(device, data_generator), "epoch_counts": counts,
+        }
+
+    with StopRequest() as stop:
+        while epoch <= opt.epochs:
+            # The permutation is drawn from the data generator's state at the
+            # epoch's start, so a resume mid-epoch draws the same one.
+            if epoch_counts:
+                data_generator.set_state(epoch_counts["start_epoch_rng"])
+            epoch_rng = data_generator.get_state()
+            order = torch.randperm(ntrain, generator=data_generator)[: batches_per_epoch * half]
+            counts = epoch_counts or {"n": 0, "err_gen": 0.0, "err_fake": 0.0, "err_real": 0.0,
+                                      "skipped_D": 0, "skipped_G": 0, "correct_D": 0.0,
+                                      "start_epoch_rng": epoch_rng}
+            epoch_counts = None
+            epoch_start, images = time.time(), 0
+            print(f"\n<trainer> online epoch # {epoch} [batchSize = {opt.batchSize} "
+                  f"lr = {sgdState_D['learningRate']:.6g}, momentum = {sgdState_D['momentum']:.4g}]")
+            bar = tqdm(range(next_batch, batches_per_epoch + 1), desc=f"epoch {epoch}",
+                       initial=next_batch - 1, total=batches_per_epoch, leave=False,
+                       dynamic_ncols=True, file=sys.stdout)
+            for batch in bar:
+                step_start = time.time()
+                idx = order[(batch - 1) * half : batch * half].to(device)
+
+                # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z))).
+                #     Half a batch of real images, half of generated ones.
+                for _ in range(opt.K):
+                    real = data_lfw.to_float(train_data[idx])
+                    noise_inputs.normal_(0, 1)
+                    with torch.no_grad():
+                        fake = model_G(noise_inputs[half:])
+                    inputs = torch.cat([real, fake])
+                    _, (err_D,) = optimize(fevalD, parameters_D, sgdState_D)
+                    check_finite(err_D, "D's loss", epoch, batch)
+
+                # (2) Update G network: maximize log(D(G(z))).
+                noise_inputs.normal_(0, 1)
+                model_D.requires_grad_(False)  # D's gradient is not needed here
+                _, (err_G,) = optimize(fevalG, parameters_G, sgdState_G)
+                model_D.requires_grad_(True)
+                check_finite(err_G, "G's loss", epoch, batch)
+                if not (torch.isfinite(parameters_D).all() and torch.isfinite(parameters_G).all()):
+                    check_finite(float("nan"), "a parameter", epoch, batch)
+
+                # (3) Adapt D's L2 penalty to how well G fools it.
+                if use_l2:
+                    balance_l2(err_G, sgdState_D)
+
+                iteration += 1
+                images += opt.batchSize
+                elapsed += time.time() - step_start
+                err_R, err_F = monitor["err_R"], monitor["err_F"]
+                log_writer.writerow([
+                    epoch, batch, iteration, f"{err_G:.6f}", f"{err_F:.6f}", f"{err_R:.6f}",
+                    int(sgdState_D["optimize"]), int(sgdState_G["optimize"]),
+                    f"{sgdState_D['coefL2']:.6g}", f"{sgdState_D['learningRate']:.6g}",
+                    f"{sgdState_G['learningRate']:.6g}", f"{elapsed:.3f}",
+                ])
+                counts["n"] += 1
+                counts["err_gen"] += err_G
+                counts["err_fake"] += err_F
+                counts["err_real"] += err_R
+                counts["skipped_D"] += int(not sgdState_D["optimize"])
+                counts["skipped_G"] += int(not sgdState_G["optimize"])
+                counts["correct_D"] += monitor["correct_D"]
+                bar.set_postfix(gen=f"{err_G:.3f}", fake=f"{err_F:.3f}", real=f"{err_R:.3f}")
+
+                if stop.signal is not None and batch < batches_per_epoch:
+                    log_file.flush()
+                    save_checkpoint(ckpt_path, checkpoint_payload(epoch, batch + 1, counts))
+                    bar.close()
+                    raise_interrupted(stop.signal, ckpt_path, epoch, batch)
+            bar.close()
+
+            # End of epoch: test D, draw the grid, log, decay, checkpoint.
+            n = max(counts["n"], 1)
+            val_real, val_fake = test_discriminator(
+                model_G, model_D, val_data, opt.noiseDim, opt.batchSize, device)
+            model_G.eval()
+            with torch.no_grad():
+                grid_path = save_dir / f"samples_epoch_{epoch:03d}.png"
+                save_grid(model_G(fixed_noise), grid_path)
+            model_G.train()
+            epoch_time = time.time() - epoch_start
+            summary = {
+                "epoch": epoch, "err_gen": counts["err_gen"] / n, "err_fake": counts["err_fake"] / n,
+                "err_real": counts["err_real"] / n, "skipped_D": counts["skipped_D"] / n,
+                "skipped_G": counts["skipped_G"] / n, "coefL2_D": sgdState_D["coefL2"],
+                "lr": sgdState_D["learningRate"], "train_acc": counts["correct_D"] / n,
+                "val_acc_real": val_real, "val_acc_fake": val_fake,
+                "val_acc": (val_real + val_fake) / 2, "images_per_s": images / max(epoch_time, 1e-9),
+                "time_s": elapsed,
+            }
+            epochs_writer.writerow([f"{summary[c]:.6g}" if isinstance(summary[c], float)
+                                    else summary[c] for c in EPOCH_COLUMNS])
+            log_file.flush()
+            epochs_file.flush()
+            print(f"<trainer> epoch {epoch}: gen {summary['err_gen']:.3f} fake {summary['err_fake']:.3f} "
+                  f"real {summary['err_real']:.3f} | skipped D {summary['skipped_D']:.0%} "
+                  f"G {summary['skipped_G']:.0%} | coefL2 {summary['coefL2_D']:.2e} | "
+                  f"D acc train {summary['train_acc']:.1%} val {summary['val_acc']:.1%} | "
+                  f"{summary['images_per_s']:.1f} img/s | {grid_path}")
+
+            # The Lua decays after `epoch` has already advanced, hence epoch + 1.
+            for state in (sgdState_D, sgdState_G):
+                state["momentum"] = min(state["momentum"] + 0.0008, 0.7)
+                state["learningRate"] = max(opt.learningRate * 0.99 ** (epoch + 1), 1e-6)
+            epoch += 1
+            next_batch = 1
+            if (epoch - 1) % opt.saveFreq == 0 or epoch > opt.epochs or stop.signal is not None:
+                save_checkpoint(ckpt_path, checkpoint_payload(epoch, 1, None))
+                print(f"<trainer> saving network to {ckpt_path}")
+            if stop.signal is not None:
+                raise_interrupted(stop.signal, ckpt_path, epoch - 1, batches_per_epoch)
+    log_file.close()
+    epochs_file.close()
+
+
+def raise_interrupted(signum, ckpt_path, epoch, batch):
+    name = signal.Signals(signum).name
+    print(f"<trainer> {name} received: stopped after epoch {epoch}, batch {batch}; "
+          f"checkpoint written to {ckpt_path}.\nResume with: python train_lfw.py --network {ckpt_path}")
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
