@@ -12,6 +12,7 @@ checkpoint `adversarial.pt` (previous one kept as `adversarial.pt.old`).
 
 import argparse
 import csv
+import logging
 import math
 import os
 import signal
@@ -312,6 +313,7 @@ def check_finite(value, what, epoch, batch):
 
 
 def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     opt, explicit = parse_options(argv)
     try:
         train(opt, explicit)
