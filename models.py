@@ -136,12 +136,13 @@ class Discriminator(nn.Module):
             nn.ReLU(inplace=True),
             nn.Dropout(0.5),
             nn.Linear(32 * ndf, 1),
-            nn.Sigmoid(),
         ]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.body(x)
+        # The sigmoid runs in float32 even under bf16 autocast, so that the
+        # binary cross entropy of outputs near 0 or 1 keeps its precision.
+        return torch.sigmoid(self.body(x).float())
 
 
 def torch7_init_(module):

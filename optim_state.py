@@ -22,8 +22,9 @@ def flatten_parameters(module):
 
     Every parameter and its `.grad` become views into the two flat tensors,
     so an update of the flat vector is an update of the module. Move the
-    module to its device first: `.to()` or `.cuda()` afterwards replace the
-    parameters and break the views. Zero the gradients with
+    module to its device and memory format first: `.to()` or `.cuda()`
+    afterwards replace the parameters and break the views. Convolution
+    weights in channels_last keep that layout inside the flat tensor. Zero the gradients with
     `gradients.zero_()`, never `module.zero_grad()`, whose default sets
     `.grad` to None and detaches it from the flat tensor.
     """
@@ -37,11 +38,20 @@ def flatten_parameters(module):
     offset = 0
     for p in params:
         n = p.numel()
-        flat[offset : offset + n].copy_(p.detach().reshape(-1))
-        p.data = flat[offset : offset + n].view_as(p)
-        p.grad = flat_grad[offset : offset + n].view_as(p)
+        p_view = _view_like(flat[offset : offset + n], p)
+        p_view.copy_(p.detach())
+        p.data = p_view
+        p.grad = _view_like(flat_grad[offset : offset + n], p)
         offset += n
     return flat, flat_grad
+
+
+def _view_like(segment, p):
+    """View a flat segment with `p`'s shape, in channels_last order when `p` has it."""
+    if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+        o, i, h, w = p.shape
+        return segment.view(o, h, w, i).permute(0, 3, 1, 2)
+    return segment.view_as(p)
 
 
 def new_sgd_state(learning_rate, momentum=0.0, coef_l2=0.0):

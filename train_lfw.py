@@ -11,6 +11,7 @@ checkpoint `adversarial.pt` (previous one kept as `adversarial.pt.old`).
 """
 
 import argparse
+import contextlib
 import csv
 import logging
 import math
@@ -36,6 +37,8 @@ LOG_COLUMNS = [
     "epoch", "batch", "iteration", "err_gen", "err_fake", "err_real",
     "optimize_D", "optimize_G", "coefL2_D", "lr_D", "lr_G", "time_s",
 ]
+EVAL_COLUMNS = ["epoch", "iteration", "time_s", "images_seen", "swd_avg", "swd_64", "swd_32",
+                "swd_16", "face_rate", "diversity", "eval_s"]
 EPOCH_COLUMNS = [
     "epoch", "err_gen", "err_fake", "err_real", "skipped_D", "skipped_G",
     "coefL2_D", "lr", "train_acc", "val_acc_real", "val_acc_fake", "val_acc",
@@ -83,6 +86,15 @@ def build_parser():
     p.add_argument("--ndf", type=int, default=32, help="D filters: D's convolutions have ndf, 2*ndf, 3*ndf")
     p.add_argument("--bnD", action="store_true", help="batch norm after each convolution of D")
     p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16 runs the networks under bfloat16 autocast; parameters, optimizer "
+                   "buffers and losses stay float32")
+    p.add_argument("--evalEvery", type=int, default=0,
+                   help="every N epochs, append SWD, face-detection rate and diversity to eval.csv; 0: never")
+    p.add_argument("--evalSamples", type=int, default=1000,
+                   help="generated and real images per evaluation (SWD depends on this count)")
+    p.add_argument("--channelsLast", action="store_true",
+                   help="store images and convolution weights in channels_last memory format")
     return p
 
 
@@ -97,7 +109,7 @@ def validate_options(opt):
     for name in ("noiseDim", "ngf", "ndf", "K", "epochs", "saveFreq", "threads"):
         if getattr(opt, name) < 1:
             raise TrainingError(f"invalid --{name} {getattr(opt, name)}: use a value >= 1")
-    for name in ("epochSize", "nval", "coefL1", "coefL2", "momentum"):
+    for name in ("epochSize", "nval", "coefL1", "coefL2", "momentum", "evalEvery"):
         if getattr(opt, name) < 0:
             raise TrainingError(f"invalid --{name} {getattr(opt, name)}: use a value >= 0")
     if not 0 < opt.margin < 0.5:
@@ -304,6 +316,35 @@ def test_discriminator(model_G, model_D, val_real, noise_dim, batch_size, device
     return real_correct / n, fake_correct / n
 
 
+@torch.no_grad()
+def generate_uint8(model_G, count, noise_dim, batch_size, device, seed):
+    """Return `count` samples of G in eval mode as uint8 (N, 3, S, S) on the CPU.
+
+    The noise comes from its own generator, so evaluations do not disturb
+    the training's random stream.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    model_G.eval()
+    chunks = []
+    for start in range(0, count, batch_size):
+        noise = torch.randn(min(batch_size, count - start), noise_dim, generator=generator)
+        images = model_G(noise.to(device)).float().clamp(-1, 1)
+        chunks.append(images.add(1).mul(127.5).round().byte().cpu())
+    model_G.train()
+    return torch.cat(chunks)
+
+
+def evaluate_samples(model_G, eval_real, opt, device):
+    """Return the quality metrics of `opt.evalSamples` samples against real images."""
+    import metrics  # imported here: only runs with --evalEvery need it
+
+    start = time.time()
+    fake = generate_uint8(model_G, len(eval_real), opt.noiseDim, opt.batchSize, device, opt.seed)
+    result = metrics.evaluate(fake, eval_real, seed=opt.seed)
+    result["eval_s"] = time.time() - start
+    return result
+
+
 def check_finite(value, what, epoch, batch):
     if not math.isfinite(value):
         raise TrainingError(
@@ -352,11 +393,21 @@ def train(opt, explicit=frozenset()):
     batches_per_epoch = epoch_size // half
     if batches_per_epoch == 0:
         raise TrainingError(f"--epochSize {epoch_size} is smaller than half a batch ({half})")
+    eval_real = None
+    if opt.evalEvery:
+        if opt.evalSamples > len(data):
+            raise TrainingError(f"invalid --evalSamples {opt.evalSamples}: the data has {len(data)} images")
+        # A fixed draw from the whole cache: the held-out images alone are too few for SWD.
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(opt.seed))
+        eval_real = data[pick[: opt.evalSamples]]
     print(f"<data> {cache}: {ntrain} training and {opt.nval} held-out images, "
           f"{batches_per_epoch} batches per epoch")
 
-    model_G = models.build_generator(opt.noiseDim, opt.scale, opt.ngf).to(device)
-    model_D = models.build_discriminator(opt.scale, opt.ndf, opt.bnD).to(device)
+    memory_format = torch.channels_last if opt.channelsLast else torch.contiguous_format
+    model_G = models.build_generator(opt.noiseDim, opt.scale, opt.ngf)
+    model_D = models.build_discriminator(opt.scale, opt.ndf, opt.bnD)
+    model_G.to(device, memory_format=memory_format)
+    model_D.to(device, memory_format=memory_format)
     optimize = optim_state.OPTIMIZERS[opt.optimizer]
     data_generator = torch.Generator()
     data_generator.manual_seed(opt.seed)
@@ -380,25 +431,33 @@ def train(opt, explicit=frozenset()):
         epoch, next_batch, iteration, elapsed = 1, 1, 0, 0.0
         epoch_counts = None
     fixed_noise = fixed_noise.to(device)
-    # Flatten after moving to the device: the flat tensors are what the optimizers update.
+    # Flatten after moving to the device and memory format: the flat tensors
+    # are what the optimizers update.
     parameters_D, gradParameters_D = optim_state.flatten_parameters(model_D)
     parameters_G, gradParameters_G = optim_state.flatten_parameters(model_G)
     print("Discriminator network:", model_D, f"{parameters_D.numel():,} parameters", sep="\n")
     print("Generator network:", model_G, f"{parameters_G.numel():,} parameters", sep="\n")
 
     log_path, epochs_path = save_dir / "log.csv", save_dir / "epochs.csv"
+    eval_path = save_dir / "eval.csv"
     if ckpt:
         # Rows written after the checkpoint are replayed by the resumed run.
         truncate_csv(log_path, LOG_COLUMNS, lambda r: int(r["iteration"]) <= iteration)
         truncate_csv(epochs_path, EPOCH_COLUMNS, lambda r: int(r["epoch"]) < epoch)
+        truncate_csv(eval_path, EVAL_COLUMNS, lambda r: int(r["epoch"]) < epoch)
         set_rng_state(ckpt["rng"], device, data_generator)
     else:
-        for path in (log_path, epochs_path):
+        for path in (log_path, epochs_path, eval_path):
             path.unlink(missing_ok=True)
         model_G.eval()
         with torch.no_grad():
             save_grid(model_G(fixed_noise), save_dir / "samples_epoch_000.png")
         model_G.train()
+
+    def autocast():
+        if opt.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     use_margin = opt.balance in ("margin", "margin+l2")
     use_l2 = opt.balance in ("l2", "margin+l2")
@@ -410,7 +469,8 @@ def train(opt, explicit=frozenset()):
     def fevalD(x):
         """Return D's loss and gradient on `inputs`, deciding the margin rule first."""
         gradParameters_D.zero_()
-        outputs = model_D(inputs)
+        with autocast():
+            outputs = model_D(inputs)  # float32 probabilities, (batchSize, 1)
         err_R = F.binary_cross_entropy(outputs[:half], targets[:half])
         err_F = F.binary_cross_entropy(outputs[half:], targets[half:])
         monitor["err_R"], monitor["err_F"] = err_R.item(), err_F.item()
@@ -426,7 +486,8 @@ def train(opt, explicit=frozenset()):
     def fevalG(x):
         """Return G's loss (fooling D, target 1) and gradient on `noise_inputs`."""
         gradParameters_G.zero_()
-        outputs = model_D(model_G(noise_inputs))
+        with autocast():
+            outputs = model_D(model_G(noise_inputs))
         f = F.binary_cross_entropy(outputs, ones)
         f.backward()
         return optim_state.add_penalties(
@@ -476,9 +537,9 @@ def train(opt, explicit=frozenset()):
                 for _ in range(opt.K):
                     real = data_lfw.to_float(train_data[idx])
                     noise_inputs.normal_(0, 1)
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast():
                         fake = model_G(noise_inputs[half:])
-                    inputs = torch.cat([real, fake])
+                    inputs = torch.cat([real, fake.float()]).contiguous(memory_format=memory_format)
                     _, (err_D,) = optimize(fevalD, parameters_D, sgdState_D)
                     check_finite(err_D, "D's loss", epoch, batch)
 
@@ -549,6 +610,19 @@ def train(opt, explicit=frozenset()):
                   f"G {summary['skipped_G']:.0%} | coefL2 {summary['coefL2_D']:.2e} | "
                   f"D acc train {summary['train_acc']:.1%} val {summary['val_acc']:.1%} | "
                   f"{summary['images_per_s']:.1f} img/s | {grid_path}")
+
+            if opt.evalEvery and epoch % opt.evalEvery == 0:
+                result = evaluate_samples(model_G, eval_real, opt, device)
+                row = {"epoch": epoch, "iteration": iteration, "time_s": f"{elapsed:.3f}",
+                       "images_seen": iteration * half * opt.K, **result}
+                eval_file, eval_writer = open_csv(eval_path, EVAL_COLUMNS)
+                with eval_file:
+                    # Levels above the image size (swd_64 at scale 32) stay empty.
+                    eval_writer.writerow([f"{row[c]:.6g}" if isinstance(row.get(c), float)
+                                          else row.get(c, "") for c in EVAL_COLUMNS])
+                print(f"<eval> epoch {epoch}: swd_avg {result['swd_avg']:.2f} face_rate "
+                      f"{result['face_rate']:.3f} diversity {result['diversity']:.3f} "
+                      f"({opt.evalSamples} samples, {result['eval_s']:.0f} s)")
 
             # The Lua decays after `epoch` has already advanced, hence epoch + 1.
             for state in (sgdState_D, sgdState_G):
