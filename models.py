@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 VALID_SCALES = (32, 64)
 
-# Which of the three 3x3 taps of a low-resolution pixel each row of a 5x5
-# kernel reaches after 2x nearest upsampling, for output rows of even (0)
-# and odd (1) phase. Row 0 of the even phase, for example, sums kernel rows 0
-# and 1, because both read the upsampled copies of the same input row.
+# Tap maps from the rows of a 5x5 kernel to the three rows of a 3x3 kernel on
+# the low-resolution input, after 2x nearest upsampling, for output rows of
+# even (0) and odd (1) phase. Row 0 of the even phase, for example, sums
+# kernel rows 0 and 1, because both read copies of the same input row.
 _PHASE_TAPS = torch.tensor(
     [
         [[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]],
@@ -68,8 +68,8 @@ def _generator_channels(ngf, doublings):
 class Generator(nn.Module):
     """G: noise (N, noise_dim) -> images (N, 3, scale, scale), unbounded.
 
-    The Lua clips samples with HardTanh only when plotting, so training
-    sees the raw convolution output; `train_lfw.py` does the same.
+    The Lua clips samples with HardTanh only when plotting, so D is trained
+    on the raw convolution output. `train_lfw.py` does the same.
     With `phase_upsample` (the default) each upsampling and the convolution
     after it run as `upsample_conv5x5`; the layers and parameters stay the
     plain ones, so checkpoints do not depend on the flag.
@@ -126,7 +126,7 @@ class Discriminator(nn.Module):
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             # The Lua pools before the ReLU in the first two blocks and after it
-            # in the third; both orders give the same result, so one is used.
+            # in the third. Max pooling commutes with ReLU, so one order serves all.
             layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True), nn.Dropout2d(0.2)]
             in_channels = out_channels
         side = scale // 8

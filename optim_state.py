@@ -209,7 +209,7 @@ def balance_margin(err_R, err_F, sgdState_D, sgdState_G, margin=0.3):
 def balance_l2(err_G, sgdState_D, low=0.9, high=1.3, step=1e-5):
     """Adapt D's L2 penalty to the generator error, in place.
 
-    A high err_G means D wins, so its penalty rises by `step`; a low err_G
+    A high err_G means D wins, so its penalty rises by `step`. A low err_G
     means G wins, so it falls by `step`, never below 0.
     """
     if err_G > high:
