@@ -16,6 +16,7 @@ import csv
 import logging
 import math
 import os
+import pickle
 import signal
 import sys
 import time
@@ -51,6 +52,14 @@ BALANCE_CHOICES = ("none", "margin", "l2", "margin+l2")
 
 class TrainingError(Exception):
     """A run that cannot start or continue; the message says why and what to do."""
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM after writing its checkpoint."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def build_parser():
@@ -114,6 +123,11 @@ def validate_options(opt):
             raise TrainingError(f"invalid --{name} {getattr(opt, name)}: use a value >= 0")
     if not 0 < opt.margin < 0.5:
         raise TrainingError(f"invalid --margin {opt.margin}: use a value in (0, 0.5)")
+    if opt.evalSamples < 2:
+        raise TrainingError(
+            f"invalid --evalSamples {opt.evalSamples}: use a value >= 2, because the "
+            "diversity metric compares pairs of samples"
+        )
 
 
 def parse_options(argv=None):
@@ -186,38 +200,132 @@ def save_checkpoint(path, payload):
 
     The data go to a temporary file in the same folder, which is flushed and
     synced before the renames, so a crash or a full disk leaves the last good
-    checkpoint in place.
+    checkpoint in place. A failed write raises TrainingError, which names the
+    cause and the checkpoint that is kept.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
     try:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        sync_folder(path.parent)
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a failed write as a RuntimeError whose context is the OSError.
+        tmp.unlink(missing_ok=True)
+        kept = next((p for p in (path, old) if p.is_file()), None)
+        if kept is None:
+            advice = "No checkpoint of this run was written yet. Fix the cause and start again"
+        else:
+            advice = (f"The previous checkpoint {kept} is unchanged. Fix the cause, then "
+                      f"resume with: python train_lfw.py --network {kept}")
+        raise TrainingError(f"cannot write checkpoint {path}: {write_failure_reason(e)}. "
+                            f"{advice}") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".old"))
-    os.replace(tmp, path)
+
+
+def write_failure_reason(error):
+    """Return the OS error message behind `error`, or `error` itself when there is none."""
+    cause = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(error).__name__}: {error}"
+
+
+def sync_folder(folder):
+    """Flush a folder's entries to disk, so that renames in it survive a power loss."""
+    if os.name != "posix":  # Windows cannot open a folder as a file
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+CHECKPOINT_KEYS = {"G", "D", "sgdState_D", "sgdState_G", "opt", "epoch", "next_batch",
+                   "iteration", "time_s", "fixed_noise", "rng", "epoch_counts"}
 
 
 def load_checkpoint(path):
-    """Load a checkpoint with `weights_only=True`, so it cannot run code."""
+    """Load a checkpoint with `weights_only=True`, so it cannot run code.
+
+    Raises TrainingError for a missing, truncated or foreign file. When the
+    file cannot be read, the message points to `path.old`, the checkpoint
+    written before it.
+    """
     path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if old.is_file() and path != old:
+        fallback = f"Resume from the previous checkpoint instead: --network {old}"
+    else:
+        fallback = "Pass an adversarial.pt or adversarial.pt.old that train_lfw.py wrote"
     if not path.is_file():
-        raise TrainingError(f"checkpoint not found: {path}. Pass --network PATH of an adversarial.pt")
+        raise TrainingError(f"checkpoint not found: {path}. {fallback}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except pickle.UnpicklingError as e:
+        # weights_only names the first object outside its allowlist as "Unsupported global".
+        if "Unsupported global" not in str(e):
+            raise TrainingError(f"cannot load checkpoint {path}: it is damaged "
+                                f"({load_failure_reason(e)}). {fallback}") from e
         raise TrainingError(
-            f"cannot load checkpoint {path}: {e}. Try {path.name}.old beside it"
+            f"rejected checkpoint {path}: it contains Python objects other than tensors and "
+            f"plain values ({load_failure_reason(e)}), and loading them could run code. "
+            "Pass a checkpoint that train_lfw.py wrote"
         ) from e
-    missing = {"G", "D", "sgdState_D", "sgdState_G", "opt", "epoch"} - set(ckpt)
+    except Exception as e:  # torch.load raises many types for damaged files
+        raise TrainingError(f"cannot load checkpoint {path}: it is truncated or damaged "
+                            f"({load_failure_reason(e)}). {fallback}") from e
+    if not isinstance(ckpt, dict):
+        raise TrainingError(f"invalid checkpoint {path}: it contains a {type(ckpt).__name__}, "
+                            f"not the dict that train_lfw.py writes. {fallback}")
+    missing = CHECKPOINT_KEYS - set(ckpt)
     if missing:
-        raise TrainingError(f"invalid checkpoint {path}: missing {sorted(missing)}")
+        raise TrainingError(f"invalid checkpoint {path}: missing {sorted(missing)}. {fallback}")
     return ckpt
+
+
+def load_failure_reason(error):
+    """Return one line on why torch.load failed, without torch's multi-line advice."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        # The line that names the rejected object or opcode in a weights_only failure.
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            detail = detail or " ".join(lines[i + 1 : i + 2])
+            return detail.split(" Please")[0].rstrip(".")
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0].split('. ')[0][:200]}"
+
+
+def check_save_folder(save_dir, network):
+    """Reject a run whose checkpoints would replace those of another run in `save_dir`."""
+    ckpt_path = save_dir / CHECKPOINT_NAME
+    found = [p for p in (ckpt_path, save_dir / f"{CHECKPOINT_NAME}.old") if p.exists()]
+    if not found:
+        return
+    if network and Path(network).resolve().parent == save_dir.resolve():
+        return
+    if network:
+        action = f"drop -s to continue in {Path(network).parent}"
+    else:
+        action = f"resume that run with --network {found[0]}"
+    raise TrainingError(
+        f"--save {save_dir} already contains {found[0].name} of another run, which this "
+        f"run would overwrite. To keep it, {action} or pass another --save. To start over "
+        "in that folder, delete it first"
+    )
 
 
 def state_to(state, device):
@@ -257,9 +365,13 @@ def truncate_csv(path, columns, keep):
 
 
 def open_csv(path, columns):
-    """Open a CSV for appending, writing the header when the file is new."""
+    """Open a CSV for appending, writing the header when the file is new.
+
+    The file is line-buffered, so readers such as plot_monitor.py see each row
+    as soon as it is written.
+    """
     new = not path.exists() or path.stat().st_size == 0
-    f = open(path, "a", newline="")
+    f = open(path, "a", newline="", buffering=1)
     writer = csv.writer(f)
     if new:
         writer.writerow(columns)
@@ -284,7 +396,10 @@ class StopRequest:
         if self.signal is not None:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.signal = signum
-        tqdm.write("<trainer> stop requested: finishing the batch and writing a checkpoint")
+        # os.write, because a print could interrupt a print of the loop and raise
+        # "reentrant call" on the buffered stdout.
+        os.write(2, b"\n<trainer> stop requested: finishing the batch and writing a checkpoint"
+                    b" (press Ctrl-C again to stop at once)\n")
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -348,19 +463,50 @@ def evaluate_samples(model_G, eval_real, opt, device):
 def check_finite(value, what, epoch, batch):
     if not math.isfinite(value):
         raise TrainingError(
-            f"{what} is {value} at epoch {epoch}, batch {batch}; training stopped. "
-            "The last good checkpoint is kept: resume from it with a lower --learningRate"
+            f"{what} is {value} at epoch {epoch}, batch {batch}; training stopped without "
+            "writing a checkpoint. The last checkpoint written is kept: resume from it with "
+            "a lower --learningRate"
         )
 
 
+def check_finite_tensor(tensor, what, epoch, batch):
+    """Raise TrainingError when `tensor` has a NaN or infinite element."""
+    if not torch.isfinite(tensor).all():
+        bad = tensor[~torch.isfinite(tensor)][0].item()
+        check_finite(bad, what, epoch, batch)
+
+
+def scheduled_learning_rate(initial, epoch):
+    """Return the learning rate of `epoch` (from 1): the initial one, then initial * 0.99^epoch.
+
+    The Lua decays after its epoch counter has advanced, so epoch 2 already has 0.99^2.
+    """
+    if epoch == 1:
+        return initial
+    return max(initial * 0.99**epoch, 1e-6)
+
+
 def main(argv=None):
+    """Run the training program; return 0, 2 on an error, or 128 + signal on SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     opt, explicit = parse_options(argv)
     try:
         train(opt, explicit)
+    except Interrupted as e:
+        print(e)
+        return e.exit_code
     except (TrainingError, data_lfw.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e}. Checkpoints already written are kept. Resume from the last "
+              "one with --network", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted before a checkpoint could be written. Checkpoints "
+              "already written are kept. Resume from the last one with --network",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 
@@ -377,7 +523,8 @@ def train(opt, explicit=frozenset()):
     print(f"<torch> set nb of threads to {torch.get_num_threads()}")
     device = select_device(opt.gpu)
     save_dir = Path(opt.save)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = save_dir / CHECKPOINT_NAME
+    check_save_folder(save_dir, opt.network)
 
     # Data: uint8 in memory (on the device), converted to [-1, 1] per batch.
     cache = data_lfw.prepare_data(opt.data, scale=opt.scale)
@@ -403,6 +550,7 @@ def train(opt, explicit=frozenset()):
     print(f"<data> {cache}: {ntrain} training and {opt.nval} held-out images, "
           f"{batches_per_epoch} batches per epoch")
 
+    save_dir.mkdir(parents=True, exist_ok=True)
     memory_format = torch.channels_last if opt.channelsLast else torch.contiguous_format
     model_G = models.build_generator(opt.noiseDim, opt.scale, opt.ngf)
     model_D = models.build_discriminator(opt.scale, opt.ndf, opt.bnD)
@@ -422,6 +570,9 @@ def train(opt, explicit=frozenset()):
         iteration, elapsed = ckpt["iteration"], ckpt["time_s"]
         fixed_noise = ckpt["fixed_noise"]
         epoch_counts = ckpt["epoch_counts"]
+        if "learningRate" in explicit:
+            for state in (sgdState_D, sgdState_G):
+                state["learningRate"] = scheduled_learning_rate(opt.learningRate, epoch)
         print(f"<trainer> reloading previously trained network: {opt.network} "
               f"(epoch {epoch}, batch {next_batch})")
     else:
@@ -471,6 +622,8 @@ def train(opt, explicit=frozenset()):
         gradParameters_D.zero_()
         with autocast():
             outputs = model_D(inputs)  # float32 probabilities, (batchSize, 1)
+        # binary_cross_entropy raises a RuntimeError on NaN, so check first.
+        check_finite_tensor(outputs, "D's output", epoch, batch)
         err_R = F.binary_cross_entropy(outputs[:half], targets[:half])
         err_F = F.binary_cross_entropy(outputs[half:], targets[half:])
         monitor["err_R"], monitor["err_F"] = err_R.item(), err_F.item()
@@ -479,24 +632,29 @@ def train(opt, explicit=frozenset()):
             balance_margin(monitor["err_R"], monitor["err_F"], sgdState_D, sgdState_G, opt.margin)
         f = F.binary_cross_entropy(outputs, targets)
         f.backward()
-        return optim_state.add_penalties(
+        loss = optim_state.add_penalties(
             f.item(), x, gradParameters_D, opt.coefL1, sgdState_D["coefL2"]
-        ), gradParameters_D
+        )
+        # Checked before the optimizer applies them, so the parameters stay finite.
+        check_finite(loss, "D's loss", epoch, batch)
+        check_finite_tensor(gradParameters_D, "D's gradient", epoch, batch)
+        return loss, gradParameters_D
 
     def fevalG(x):
         """Return G's loss (fooling D, target 1) and gradient on `noise_inputs`."""
         gradParameters_G.zero_()
         with autocast():
             outputs = model_D(model_G(noise_inputs))
+        check_finite_tensor(outputs, "D's output on G's samples", epoch, batch)
         f = F.binary_cross_entropy(outputs, ones)
         f.backward()
-        return optim_state.add_penalties(
-            f.item(), x, gradParameters_G, 0.0, sgdState_G["coefL2"]
-        ), gradParameters_G
+        loss = optim_state.add_penalties(f.item(), x, gradParameters_G, 0.0, sgdState_G["coefL2"])
+        check_finite(loss, "G's loss", epoch, batch)
+        check_finite_tensor(gradParameters_G, "G's gradient", epoch, batch)
+        return loss, gradParameters_G
 
     log_file, log_writer = open_csv(log_path, LOG_COLUMNS)
     epochs_file, epochs_writer = open_csv(epochs_path, EPOCH_COLUMNS)
-    ckpt_path = save_dir / CHECKPOINT_NAME
     model_G.train()
     model_D.train()
 
@@ -540,15 +698,14 @@ def train(opt, explicit=frozenset()):
                     with torch.no_grad(), autocast():
                         fake = model_G(noise_inputs[half:])
                     inputs = torch.cat([real, fake.float()]).contiguous(memory_format=memory_format)
-                    _, (err_D,) = optimize(fevalD, parameters_D, sgdState_D)
-                    check_finite(err_D, "D's loss", epoch, batch)
+                    optimize(fevalD, parameters_D, sgdState_D)
 
                 # (2) Update G network: maximize log(D(G(z))).
                 noise_inputs.normal_(0, 1)
                 model_D.requires_grad_(False)  # D's gradient is not needed here
                 _, (err_G,) = optimize(fevalG, parameters_G, sgdState_G)
                 model_D.requires_grad_(True)
-                check_finite(err_G, "G's loss", epoch, batch)
+                # A finite gradient can still overflow in the update.
                 if not (torch.isfinite(parameters_D).all() and torch.isfinite(parameters_G).all()):
                     check_finite(float("nan"), "a parameter", epoch, batch)
 
@@ -627,7 +784,7 @@ def train(opt, explicit=frozenset()):
             # The Lua decays after `epoch` has already advanced, hence epoch + 1.
             for state in (sgdState_D, sgdState_G):
                 state["momentum"] = min(state["momentum"] + 0.0008, 0.7)
-                state["learningRate"] = max(opt.learningRate * 0.99 ** (epoch + 1), 1e-6)
+                state["learningRate"] = scheduled_learning_rate(opt.learningRate, epoch + 1)
             epoch += 1
             next_batch = 1
             if (epoch - 1) % opt.saveFreq == 0 or epoch > opt.epochs or stop.signal is not None:
@@ -641,9 +798,9 @@ def train(opt, explicit=frozenset()):
 
 def raise_interrupted(signum, ckpt_path, epoch, batch):
     name = signal.Signals(signum).name
-    print(f"<trainer> {name} received: stopped after epoch {epoch}, batch {batch}; "
-          f"checkpoint written to {ckpt_path}.\nResume with: python train_lfw.py --network {ckpt_path}")
-    sys.exit(128 + signum)
+    raise Interrupted(signum, f"<trainer> {name} received: stopped after epoch {epoch}, batch "
+                      f"{batch}; checkpoint written to {ckpt_path}.\n"
+                      f"Resume with: python train_lfw.py --network {ckpt_path}")
 
 
 if __name__ == "__main__":
