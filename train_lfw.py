@@ -685,7 +685,9 @@ def train(opt, explicit=frozenset()):
                   f"lr = {sgdState_D['learningRate']:.6g}, momentum = {sgdState_D['momentum']:.4g}]")
             bar = tqdm(range(next_batch, batches_per_epoch + 1), desc=f"epoch {epoch}",
                        initial=next_batch - 1, total=batches_per_epoch, leave=False,
-                       dynamic_ncols=True, file=sys.stdout)
+                       dynamic_ncols=True, file=sys.stdout,
+                       # Redirected to a file, the bar is written every 30 s, not 10 times a second.
+                       mininterval=0.1 if sys.stdout.isatty() else 30)
             for batch in bar:
                 step_start = time.time()
                 idx = order[(batch - 1) * half : batch * half].to(device)
@@ -721,7 +723,7 @@ def train(opt, explicit=frozenset()):
                     epoch, batch, iteration, f"{err_G:.6f}", f"{err_F:.6f}", f"{err_R:.6f}",
                     int(sgdState_D["optimize"]), int(sgdState_G["optimize"]),
                     f"{sgdState_D['coefL2']:.6g}", f"{sgdState_D['learningRate']:.6g}",
-                    f"{sgdState_G['learningRate']:.6g}", f"{elapsed:.3f}",
+                    f"{sgdState_G['learningRate']:.6g}", f"{elapsed:.6f}",
                 ])
                 counts["n"] += 1
                 counts["err_gen"] += err_G
