@@ -8,11 +8,16 @@ checkpoint `adversarial.pt` (previous one kept as `adversarial.pt.old`).
 
     python train_lfw.py --gpu 0 --data path/to/lfw-deepfunneled.tgz
     python train_lfw.py --network logs512_lfw64/adversarial.pt   # resume
+    torchrun --nproc_per_node 4 train_lfw.py --gpu 0 --data ...  # 4 GPUs, data-parallel
+
+Under torchrun each process trains one rank on its share of every batch,
+and only rank 0 writes the files above.
 """
 
 import argparse
 import contextlib
 import csv
+import datetime
 import logging
 import math
 import os
@@ -20,12 +25,16 @@ import pickle
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data_lfw
@@ -77,7 +86,9 @@ def build_parser():
     p.add_argument("--coefL1", type=float, default=0.0, help="L1 penalty on D's weights")
     p.add_argument("--coefL2", type=float, default=0.0, help="initial L2 penalty on D's weights")
     p.add_argument("-t", "--threads", type=int, default=4, help="CPU threads, capped at the number of cores")
-    p.add_argument("-g", "--gpu", type=int, default=0, help="CUDA device index; -1 for the CPU")
+    p.add_argument("-g", "--gpu", type=int, default=0,
+                   help="CUDA device index; -1 for the CPU. Under torchrun any index >= 0 "
+                   "selects device LOCAL_RANK and -1 trains every rank on the CPU with Gloo")
     p.add_argument("-d", "--noiseDim", type=int, default=512, help="dimension of the noise vector")
     p.add_argument("--K", type=int, default=1, help="D updates per G update")
     p.add_argument("--scale", type=int, default=64, help="image size in pixels, 32 or 64")
@@ -104,13 +115,22 @@ def build_parser():
                    help="generated and real images per evaluation (SWD depends on this count)")
     p.add_argument("--channelsLast", action="store_true",
                    help="store images and convolution weights in channels_last memory format")
+    p.add_argument("--syncBN", action=argparse.BooleanOptionalAction, default=False,
+                   help="under torchrun on GPUs: batch norm statistics over the whole batch of "
+                   "all ranks (SyncBatchNorm) instead of each rank's share; no effect in one process")
     return p
 
 
-def validate_options(opt):
+def validate_options(opt, world_size=1):
     """Raise TrainingError for out-of-range options, naming the valid range."""
     if opt.batchSize < 2 or opt.batchSize % 2:
         raise TrainingError(f"invalid --batchSize {opt.batchSize}: use an even number >= 2")
+    if opt.batchSize % (2 * world_size):
+        raise TrainingError(
+            f"invalid --batchSize {opt.batchSize} for {world_size} ranks: each rank trains on "
+            f"batchSize / {world_size} images, half real and half generated, so use a multiple "
+            f"of {2 * world_size}"
+        )
     if opt.scale not in models.VALID_SCALES:
         raise TrainingError(f"invalid --scale {opt.scale}: use one of {models.VALID_SCALES}")
     if opt.learningRate <= 0:
@@ -161,17 +181,27 @@ def merge_saved_options(opt, explicit, saved):
         opt.save = str(Path(opt.network).parent)
 
 
-def select_device(gpu):
-    """Return the torch device for `--gpu`, falling back to the CPU with a message."""
+def select_device(gpu, local_rank=None):
+    """Return the torch device for `--gpu`, falling back to the CPU with a message.
+
+    Under torchrun (`local_rank` given) any `--gpu` >= 0 selects device
+    `local_rank`, so that each process on a machine has a GPU of its own.
+    """
     if gpu < 0:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         print(f"<gpu> CUDA is not available; --gpu {gpu} falls back to the CPU")
         return torch.device("cpu")
-    if gpu >= torch.cuda.device_count():
-        raise TrainingError(
-            f"invalid --gpu {gpu}: this machine has {torch.cuda.device_count()} CUDA devices"
-        )
+    count = torch.cuda.device_count()
+    if local_rank is not None:
+        if local_rank >= count:
+            raise TrainingError(
+                f"no CUDA device for LOCAL_RANK {local_rank}: this machine has {count}. "
+                f"Start at most {count} processes per machine (torchrun --nproc_per_node {count})"
+            )
+        gpu = local_rank
+    elif gpu >= count:
+        raise TrainingError(f"invalid --gpu {gpu}: this machine has {count} CUDA devices")
     print(f"<gpu> using device {gpu}")
     return torch.device("cuda", gpu)
 
@@ -379,27 +409,235 @@ def open_csv(path, columns):
 
 
 # ---------------------------------------------------------------------------
+# Several processes (torchrun)
+
+
+class Ranks:
+    """The processes of a torchrun job, or the one process of a plain run.
+
+    A plain run (`distributed=False`) has no process group, and every
+    collective returns its input unchanged, so the run trains exactly as it
+    would without this class.
+    """
+
+    def __init__(self, rank=0, world_size=1, local_rank=0, distributed=False):
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self.distributed = distributed
+        self.device = torch.device("cpu")  # where the collectives' tensors live
+        self.joined = False
+
+    @property
+    def is_main(self):
+        """Whether this process writes the logs, grids and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def is_local_main(self):
+        """Whether this process is the first one on its machine."""
+        return self.local_rank == 0
+
+    def join(self, device, init_method="env://"):
+        """Join the job's process group: NCCL for a CUDA device, Gloo for the CPU.
+
+        With the default `init_method`, torchrun's variables MASTER_ADDR and
+        MASTER_PORT give the address of the rendezvous store.
+        """
+        if not self.distributed:
+            return
+        # The other ranks wait in a collective while rank 0 tests D, draws the grid
+        # and runs --evalEvery's metrics. NCCL's default timeout of 10 minutes could
+        # abort a long evaluation, so both backends get Gloo's default of 30.
+        timeout = datetime.timedelta(minutes=30)
+        # NOTE: the NCCL branch and --syncBN have not run on GPUs. The tests cover
+        # Gloo on the CPU only.
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", init_method=init_method, rank=self.rank,
+                                    world_size=self.world_size, timeout=timeout,
+                                    device_id=device)
+        else:
+            dist.init_process_group("gloo", init_method=init_method, rank=self.rank,
+                                    world_size=self.world_size, timeout=timeout)
+        self.device = device
+        self.joined = True
+
+    def mean(self, values):
+        """Return the means of `values` (a list of floats) over all ranks, in one all-reduce."""
+        if not self.joined:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return (total / self.world_size).tolist()
+
+    def max(self, value):
+        """Return the maximum of the integer `value` over all ranks."""
+        if not self.joined:
+            return value
+        result = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(result, op=dist.ReduceOp.MAX)
+        return int(result.item())
+
+    def barrier(self):
+        """Wait until every rank gets here."""
+        if self.joined:
+            self.max(0)
+
+    def leave(self):
+        """Destroy the process group, if this process joined one."""
+        if self.joined and dist.is_initialized():
+            dist.destroy_process_group()
+        self.joined = False
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def ranks_from_environment(environ):
+    """Return the Ranks that torchrun's variables describe, or None outside torchrun."""
+    present = [name for name in TORCHRUN_VARIABLES if name in environ]
+    if not present:
+        return None
+    missing = [name for name in TORCHRUN_VARIABLES if name not in environ]
+    if missing:
+        raise TrainingError(
+            f"incomplete torchrun environment: {', '.join(present)} set but "
+            f"{', '.join(missing)} missing. Launch with torchrun, or unset {', '.join(present)} "
+            "to train in one process"
+        )
+    values = {}
+    for name in TORCHRUN_VARIABLES:
+        try:
+            values[name] = int(environ[name])
+        except ValueError:
+            raise TrainingError(f"invalid {name}={environ[name]!r}: expected an integer, "
+                                "as torchrun sets it") from None
+    rank, world_size = values["RANK"], values["WORLD_SIZE"]
+    if world_size < 1 or not 0 <= rank < world_size or values["LOCAL_RANK"] < 0:
+        raise TrainingError(f"invalid torchrun environment: RANK={rank}, WORLD_SIZE={world_size}, "
+                            f"LOCAL_RANK={values['LOCAL_RANK']}; expected 0 <= RANK < WORLD_SIZE")
+    return Ranks(rank, world_size, values["LOCAL_RANK"], distributed=True)
+
+
+def prepare_data_in_turn(opt, ranks):
+    """Return the cache path, built or downloaded by each machine's first rank alone.
+
+    The other ranks wait, then find the finished cache, so no two processes
+    write the same archive or cache file at once.
+    """
+    if not ranks.is_local_main:
+        ranks.barrier()
+    cache = data_lfw.prepare_data(opt.data, scale=opt.scale)
+    if ranks.is_local_main:
+        ranks.barrier()
+    return cache
+
+
+def convert_sync_batchnorm(model, opt, device, ranks):
+    """Return `model` with SyncBatchNorm layers when `--syncBN` applies, else `model`.
+
+    Without `--syncBN` each rank normalizes with the statistics of its own
+    share of the batch. That needs no collective per layer, but G's batch
+    norm in D's step then averages over batchSize / (2 * ranks) samples
+    instead of batchSize / 2.
+    SyncBatchNorm computes the statistics of the whole batch, as one process
+    would, at the cost of an all-gather in every batch-norm layer's forward
+    and an all-reduce in its backward. PyTorch 2.13's SyncBatchNorm raises
+    a ValueError for CPU tensors, so `--syncBN` needs CUDA devices.
+    """
+    if not opt.syncBN or ranks.world_size == 1:
+        return model
+    if device.type != "cuda":
+        raise TrainingError(
+            f"--syncBN needs CUDA devices, but rank {ranks.rank} trains on the {device.type}: "
+            "PyTorch's SyncBatchNorm rejects CPU tensors. Use --no-syncBN to normalize with "
+            "each rank's batch statistics"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wrap_data_parallel(model, device, ranks):
+    """Return `model` in DistributedDataParallel under torchrun, else `model` itself.
+
+    DDP averages the gradients over the ranks during backward. With
+    `gradient_as_bucket_view=False` it copies the averaged buckets into the
+    existing `.grad` tensors, so they stay views of the flat gradient of
+    `optim_state.flatten_parameters`. Construction broadcasts rank 0's
+    parameters and buffers in place, so all ranks start equal, also after a
+    resume. `forward_sync_buffers=False` leaves each rank its own batch-norm
+    running statistics (rank 0's go into the checkpoint) and saves a
+    broadcast per forward.
+    """
+    if not ranks.distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=False,
+                                   forward_sync_buffers=False)
+
+
+def rank_share(order, batch, half, ranks):
+    """Return this rank's indices of the real images of `batch` (from 1) in `order`.
+
+    The batch has `half` real images, and rank r takes the r-th of
+    `ranks.world_size` contiguous equal parts. Together the ranks train on
+    the batch that one process would.
+    """
+    share = half // ranks.world_size
+    first = (batch - 1) * half + ranks.rank * share
+    return order[first : first + share]
+
+
+def reseed_for_rank(ranks):
+    """Give each rank > 0 a torch random stream of its own, so that its noise differs.
+
+    The seed derives from the current torch state, which is the same on all
+    ranks (the seeded start, or rank 0's state from a checkpoint), plus the
+    rank. Rank 0 keeps its stream. The CUDA generators are reseeded too.
+    """
+    if ranks.rank == 0:
+        return
+    generator = torch.Generator()
+    generator.set_state(torch.get_rng_state())
+    base = int(torch.randint(2**62, (1,), generator=generator).item())
+    torch.manual_seed(base + ranks.rank)
+
+
+# ---------------------------------------------------------------------------
 # Training
 
 
 class StopRequest:
-    """Turns SIGINT and SIGTERM into a flag that the loop checks after each batch."""
+    """Turns SIGINT and SIGTERM into a flag that the loop checks after each batch.
 
-    def __init__(self):
+    In a plain run a second signal stops at once. Under torchrun (`ranks`
+    given) a second signal is ignored: after Ctrl-C every worker gets the
+    terminal's SIGINT and then the one torchrun forwards, and torchrun kills
+    workers with SIGKILL 30 s after forwarding anyway. Only rank 0 prints.
+    """
+
+    def __init__(self, ranks=None):
         self.signal = None
+        self.ranks = ranks
 
     def __enter__(self):
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if self.ranks is None:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            return
         self.signal = signum
         # os.write, because a print could interrupt a print of the loop and raise
         # "reentrant call" on the buffered stdout.
-        os.write(2, b"\n<trainer> stop requested: finishing the batch and writing a checkpoint"
-                    b" (press Ctrl-C again to stop at once)\n")
+        if self.ranks is None:
+            os.write(2, b"\n<trainer> stop requested: finishing the batch and writing a "
+                        b"checkpoint (press Ctrl-C again to stop at once)\n")
+        elif self.ranks.is_main:
+            os.write(2, b"\n<trainer> stop requested: all ranks finish the batch, then rank 0 "
+                        b"writes a checkpoint\n")
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -487,47 +725,90 @@ def scheduled_learning_rate(initial, epoch):
 
 
 def main(argv=None):
-    """Run the training program; return 0, 2 on an error, or 128 + signal on SIGINT/SIGTERM."""
+    """Run the training program; return 0, 2 on an error, or 128 + signal on SIGINT/SIGTERM.
+
+    Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set) the process trains
+    one rank, and an unexpected exception returns 1 after a message that
+    names the rank.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     opt, explicit = parse_options(argv)
     try:
-        train(opt, explicit)
+        ranks = ranks_from_environment(os.environ)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if ranks is None:
+        return run_and_report(opt, explicit, Ranks())
+    return run_rank(opt, explicit, ranks)
+
+
+def run_rank(opt, explicit, ranks):
+    """Train as one rank of a torchrun job; return its exit code.
+
+    Ranks other than 0 print only errors. Any failure prints "rank R: error:
+    ..." and returns non-zero, so torchrun stops the other ranks.
+    """
+    prefix = f"rank {ranks.rank}: "
+    try:
+        with contextlib.ExitStack() as stack:
+            if not ranks.is_main:
+                logging.getLogger().setLevel(logging.WARNING)
+                devnull = stack.enter_context(open(os.devnull, "w"))
+                stack.enter_context(contextlib.redirect_stdout(devnull))
+            return run_and_report(opt, explicit, ranks, prefix)
+    except Exception as e:  # every failure must name its rank before torchrun stops the job
+        traceback.print_exc()
+        print(f"{prefix}error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        ranks.leave()
+
+
+def run_and_report(opt, explicit, ranks, prefix=""):
+    """Train and turn the expected failures into a message and an exit code."""
+    try:
+        train(opt, explicit, ranks)
     except Interrupted as e:
         print(e)
         return e.exit_code
     except (TrainingError, data_lfw.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix}error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: {e}. Checkpoints already written are kept. Resume from the last "
-              "one with --network", file=sys.stderr)
+        print(f"{prefix}error: {e}. Checkpoints already written are kept. Resume from the "
+              "last one with --network", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted before a checkpoint could be written. Checkpoints "
+        print(f"{prefix}error: interrupted before a checkpoint could be written. Checkpoints "
               "already written are kept. Resume from the last one with --network",
               file=sys.stderr)
         return 128 + signal.SIGINT
     return 0
 
 
-def train(opt, explicit=frozenset()):
+def train(opt, explicit=frozenset(), ranks=None):
+    """Train G and D with the options `opt`, as one rank of `ranks` (default: one process)."""
+    ranks = ranks or Ranks()
     ckpt = load_checkpoint(opt.network) if opt.network else None
     if ckpt:
         merge_saved_options(opt, explicit, ckpt["opt"])
-    validate_options(opt)
+    validate_options(opt, ranks.world_size)
     print(vars(opt))
 
     torch.manual_seed(opt.seed)
     threads = min(opt.threads, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     print(f"<torch> set nb of threads to {torch.get_num_threads()}")
-    device = select_device(opt.gpu)
+    device = select_device(opt.gpu, ranks.local_rank if ranks.distributed else None)
     save_dir = Path(opt.save)
     ckpt_path = save_dir / CHECKPOINT_NAME
-    check_save_folder(save_dir, opt.network)
+    if ranks.is_main:
+        check_save_folder(save_dir, opt.network)
+    ranks.join(device)
 
     # Data: uint8 in memory (on the device), converted to [-1, 1] per batch.
-    cache = data_lfw.prepare_data(opt.data, scale=opt.scale)
+    cache = prepare_data_in_turn(opt, ranks)
     data = torch.from_numpy(data_lfw.load_uint8(cache))
     if opt.nval >= len(data):
         raise TrainingError(f"invalid --nval {opt.nval}: the data has only {len(data)} images")
@@ -537,6 +818,8 @@ def train(opt, explicit=frozenset()):
     if epoch_size > ntrain:
         raise TrainingError(f"invalid --epochSize {epoch_size}: use at most {ntrain}, the training images")
     half = opt.batchSize // 2
+    # Each rank trains on its share of every batch: rank_half real and rank_half fake images.
+    rank_half = half // ranks.world_size
     batches_per_epoch = epoch_size // half
     if batches_per_epoch == 0:
         raise TrainingError(f"--epochSize {epoch_size} is smaller than half a batch ({half})")
@@ -550,10 +833,13 @@ def train(opt, explicit=frozenset()):
     print(f"<data> {cache}: {ntrain} training and {opt.nval} held-out images, "
           f"{batches_per_epoch} batches per epoch")
 
-    save_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
     memory_format = torch.channels_last if opt.channelsLast else torch.contiguous_format
     model_G = models.build_generator(opt.noiseDim, opt.scale, opt.ngf)
     model_D = models.build_discriminator(opt.scale, opt.ndf, opt.bnD)
+    model_G = convert_sync_batchnorm(model_G, opt, device, ranks)
+    model_D = convert_sync_batchnorm(model_D, opt, device, ranks)
     model_G.to(device, memory_format=memory_format)
     model_D.to(device, memory_format=memory_format)
     optimize = optim_state.OPTIMIZERS[opt.optimizer]
@@ -586,24 +872,34 @@ def train(opt, explicit=frozenset()):
     # are what the optimizers update.
     parameters_D, gradParameters_D = optim_state.flatten_parameters(model_D)
     parameters_G, gradParameters_G = optim_state.flatten_parameters(model_G)
+    # DDP averages the gradients. It was kept over one all-reduce of each flat
+    # gradient because it overlaps the communication with the backward pass,
+    # and it keeps the flat views. Only the forwards whose backward needs the
+    # module's gradient go through the wrappers. G's no-grad forward in D's
+    # step and D's forward in G's step, where D is frozen, use the plain models.
+    parallel_D = wrap_data_parallel(model_D, device, ranks)
+    parallel_G = wrap_data_parallel(model_G, device, ranks)
     print("Discriminator network:", model_D, f"{parameters_D.numel():,} parameters", sep="\n")
     print("Generator network:", model_G, f"{parameters_G.numel():,} parameters", sep="\n")
 
     log_path, epochs_path = save_dir / "log.csv", save_dir / "epochs.csv"
     eval_path = save_dir / "eval.csv"
     if ckpt:
-        # Rows written after the checkpoint are replayed by the resumed run.
-        truncate_csv(log_path, LOG_COLUMNS, lambda r: int(r["iteration"]) <= iteration)
-        truncate_csv(epochs_path, EPOCH_COLUMNS, lambda r: int(r["epoch"]) < epoch)
-        truncate_csv(eval_path, EVAL_COLUMNS, lambda r: int(r["epoch"]) < epoch)
+        if ranks.is_main:
+            # Rows written after the checkpoint are replayed by the resumed run.
+            truncate_csv(log_path, LOG_COLUMNS, lambda r: int(r["iteration"]) <= iteration)
+            truncate_csv(epochs_path, EPOCH_COLUMNS, lambda r: int(r["epoch"]) < epoch)
+            truncate_csv(eval_path, EVAL_COLUMNS, lambda r: int(r["epoch"]) < epoch)
         set_rng_state(ckpt["rng"], device, data_generator)
-    else:
+    elif ranks.is_main:
         for path in (log_path, epochs_path, eval_path):
             path.unlink(missing_ok=True)
         model_G.eval()
         with torch.no_grad():
             save_grid(model_G(fixed_noise), save_dir / "samples_epoch_000.png")
         model_G.train()
+    # The data generator stays the same on all ranks, so they draw the same permutations.
+    reseed_for_rank(ranks)
 
     def autocast():
         if opt.precision == "bf16":
@@ -612,22 +908,26 @@ def train(opt, explicit=frozenset()):
 
     use_margin = opt.balance in ("margin", "margin+l2")
     use_l2 = opt.balance in ("l2", "margin+l2")
-    targets = torch.cat([torch.ones(half, 1), torch.zeros(half, 1)]).to(device)
-    ones = torch.ones(opt.batchSize, 1, device=device)
-    noise_inputs = torch.empty(opt.batchSize, opt.noiseDim, device=device)
+    targets = torch.cat([torch.ones(rank_half, 1), torch.zeros(rank_half, 1)]).to(device)
+    ones = torch.ones(2 * rank_half, 1, device=device)
+    noise_inputs = torch.empty(2 * rank_half, opt.noiseDim, device=device)
     monitor = {}
 
     def fevalD(x):
-        """Return D's loss and gradient on `inputs`, deciding the margin rule first."""
+        """Return D's loss and gradient on `inputs`, deciding the margin rule first.
+
+        The errors and the gradient are averaged over the ranks, so all ranks
+        take the same decision and the same step.
+        """
         gradParameters_D.zero_()
         with autocast():
-            outputs = model_D(inputs)  # float32 probabilities, (batchSize, 1)
+            outputs = parallel_D(inputs)  # float32 probabilities, (2 * rank_half, 1)
         # binary_cross_entropy raises a RuntimeError on NaN, so check first.
         check_finite_tensor(outputs, "D's output", epoch, batch)
-        err_R = F.binary_cross_entropy(outputs[:half], targets[:half])
-        err_F = F.binary_cross_entropy(outputs[half:], targets[half:])
-        monitor["err_R"], monitor["err_F"] = err_R.item(), err_F.item()
-        monitor["correct_D"] = accuracy(outputs, targets)
+        err_R = F.binary_cross_entropy(outputs[:rank_half], targets[:rank_half])
+        err_F = F.binary_cross_entropy(outputs[rank_half:], targets[rank_half:])
+        monitor["err_R"], monitor["err_F"], monitor["correct_D"] = ranks.mean(
+            [err_R.item(), err_F.item(), accuracy(outputs, targets)])
         if use_margin:
             balance_margin(monitor["err_R"], monitor["err_F"], sgdState_D, sgdState_G, opt.margin)
         f = F.binary_cross_entropy(outputs, targets)
@@ -641,20 +941,25 @@ def train(opt, explicit=frozenset()):
         return loss, gradParameters_D
 
     def fevalG(x):
-        """Return G's loss (fooling D, target 1) and gradient on `noise_inputs`."""
+        """Return G's loss (fooling D, target 1) and gradient on `noise_inputs`.
+
+        Loss and gradient are averaged over the ranks.
+        """
         gradParameters_G.zero_()
         with autocast():
-            outputs = model_D(model_G(noise_inputs))
+            outputs = model_D(parallel_G(noise_inputs))
         check_finite_tensor(outputs, "D's output on G's samples", epoch, batch)
         f = F.binary_cross_entropy(outputs, ones)
         f.backward()
-        loss = optim_state.add_penalties(f.item(), x, gradParameters_G, 0.0, sgdState_G["coefL2"])
+        (mean_f,) = ranks.mean([f.item()])
+        loss = optim_state.add_penalties(mean_f, x, gradParameters_G, 0.0, sgdState_G["coefL2"])
         check_finite(loss, "G's loss", epoch, batch)
         check_finite_tensor(gradParameters_G, "G's gradient", epoch, batch)
         return loss, gradParameters_G
 
-    log_file, log_writer = open_csv(log_path, LOG_COLUMNS)
-    epochs_file, epochs_writer = open_csv(epochs_path, EPOCH_COLUMNS)
+    if ranks.is_main:
+        log_file, log_writer = open_csv(log_path, LOG_COLUMNS)
+        epochs_file, epochs_writer = open_csv(epochs_path, EPOCH_COLUMNS)
     model_G.train()
     model_D.train()
 
@@ -668,7 +973,50 @@ def train(opt, explicit=frozenset()):
             "rng": rng_state(device, data_generator), "epoch_counts": counts,
         }
 
-    with StopRequest() as stop:
+    def report_epoch(counts, epoch_start, images):
+        """Test D, draw the grid and write the epoch's rows; rank 0 only."""
+        n = max(counts["n"], 1)
+        val_real, val_fake = test_discriminator(
+            model_G, model_D, val_data, opt.noiseDim, opt.batchSize, device)
+        model_G.eval()
+        with torch.no_grad():
+            grid_path = save_dir / f"samples_epoch_{epoch:03d}.png"
+            save_grid(model_G(fixed_noise), grid_path)
+        model_G.train()
+        epoch_time = time.time() - epoch_start
+        summary = {
+            "epoch": epoch, "err_gen": counts["err_gen"] / n, "err_fake": counts["err_fake"] / n,
+            "err_real": counts["err_real"] / n, "skipped_D": counts["skipped_D"] / n,
+            "skipped_G": counts["skipped_G"] / n, "coefL2_D": sgdState_D["coefL2"],
+            "lr": sgdState_D["learningRate"], "train_acc": counts["correct_D"] / n,
+            "val_acc_real": val_real, "val_acc_fake": val_fake,
+            "val_acc": (val_real + val_fake) / 2, "images_per_s": images / max(epoch_time, 1e-9),
+            "time_s": elapsed,
+        }
+        epochs_writer.writerow([f"{summary[c]:.6g}" if isinstance(summary[c], float)
+                                else summary[c] for c in EPOCH_COLUMNS])
+        log_file.flush()
+        epochs_file.flush()
+        print(f"<trainer> epoch {epoch}: gen {summary['err_gen']:.3f} fake {summary['err_fake']:.3f} "
+              f"real {summary['err_real']:.3f} | skipped D {summary['skipped_D']:.0%} "
+              f"G {summary['skipped_G']:.0%} | coefL2 {summary['coefL2_D']:.2e} | "
+              f"D acc train {summary['train_acc']:.1%} val {summary['val_acc']:.1%} | "
+              f"{summary['images_per_s']:.1f} img/s | {grid_path}")
+
+        if opt.evalEvery and epoch % opt.evalEvery == 0:
+            result = evaluate_samples(model_G, eval_real, opt, device)
+            row = {"epoch": epoch, "iteration": iteration, "time_s": f"{elapsed:.3f}",
+                   "images_seen": iteration * half * opt.K, **result}
+            eval_file, eval_writer = open_csv(eval_path, EVAL_COLUMNS)
+            with eval_file:
+                # Levels above the image size (swd_64 at scale 32) stay empty.
+                eval_writer.writerow([f"{row[c]:.6g}" if isinstance(row.get(c), float)
+                                      else row.get(c, "") for c in EVAL_COLUMNS])
+            print(f"<eval> epoch {epoch}: swd_avg {result['swd_avg']:.2f} face_rate "
+                  f"{result['face_rate']:.3f} diversity {result['diversity']:.3f} "
+                  f"({opt.evalSamples} samples, {result['eval_s']:.0f} s)")
+
+    with StopRequest(ranks if ranks.distributed else None) as stop:
         while epoch <= opt.epochs:
             # The permutation is drawn from the data generator's state at the
             # epoch's start, so a resume mid-epoch draws the same one.
@@ -685,12 +1033,12 @@ def train(opt, explicit=frozenset()):
                   f"lr = {sgdState_D['learningRate']:.6g}, momentum = {sgdState_D['momentum']:.4g}]")
             bar = tqdm(range(next_batch, batches_per_epoch + 1), desc=f"epoch {epoch}",
                        initial=next_batch - 1, total=batches_per_epoch, leave=False,
-                       dynamic_ncols=True, file=sys.stdout,
+                       dynamic_ncols=True, file=sys.stdout, disable=not ranks.is_main,
                        # Redirected to a file, the bar is written every 30 s, not 10 times a second.
                        mininterval=0.1 if sys.stdout.isatty() else 30)
             for batch in bar:
                 step_start = time.time()
-                idx = order[(batch - 1) * half : batch * half].to(device)
+                idx = rank_share(order, batch, half, ranks).to(device)
 
                 # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z))).
                 #     Half a batch of real images, half of generated ones.
@@ -698,7 +1046,7 @@ def train(opt, explicit=frozenset()):
                     real = data_lfw.to_float(train_data[idx])
                     noise_inputs.normal_(0, 1)
                     with torch.no_grad(), autocast():
-                        fake = model_G(noise_inputs[half:])
+                        fake = model_G(noise_inputs[rank_half:])
                     inputs = torch.cat([real, fake.float()]).contiguous(memory_format=memory_format)
                     optimize(fevalD, parameters_D, sgdState_D)
 
@@ -719,12 +1067,13 @@ def train(opt, explicit=frozenset()):
                 images += opt.batchSize
                 elapsed += time.time() - step_start
                 err_R, err_F = monitor["err_R"], monitor["err_F"]
-                log_writer.writerow([
-                    epoch, batch, iteration, f"{err_G:.6f}", f"{err_F:.6f}", f"{err_R:.6f}",
-                    int(sgdState_D["optimize"]), int(sgdState_G["optimize"]),
-                    f"{sgdState_D['coefL2']:.6g}", f"{sgdState_D['learningRate']:.6g}",
-                    f"{sgdState_G['learningRate']:.6g}", f"{elapsed:.6f}",
-                ])
+                if ranks.is_main:
+                    log_writer.writerow([
+                        epoch, batch, iteration, f"{err_G:.6f}", f"{err_F:.6f}", f"{err_R:.6f}",
+                        int(sgdState_D["optimize"]), int(sgdState_G["optimize"]),
+                        f"{sgdState_D['coefL2']:.6g}", f"{sgdState_D['learningRate']:.6g}",
+                        f"{sgdState_G['learningRate']:.6g}", f"{elapsed:.6f}",
+                    ])
                 counts["n"] += 1
                 counts["err_gen"] += err_G
                 counts["err_fake"] += err_F
@@ -734,54 +1083,21 @@ def train(opt, explicit=frozenset()):
                 counts["correct_D"] += monitor["correct_D"]
                 bar.set_postfix(gen=f"{err_G:.3f}", fake=f"{err_F:.3f}", real=f"{err_R:.3f}")
 
-                if stop.signal is not None and batch < batches_per_epoch:
-                    log_file.flush()
-                    save_checkpoint(ckpt_path, checkpoint_payload(epoch, batch + 1, counts))
+                # A signal may reach the ranks in different batches, so they agree first.
+                stop_signal = ranks.max(stop.signal or 0)
+                if stop_signal and batch < batches_per_epoch:
+                    if ranks.is_main:
+                        log_file.flush()
+                        save_checkpoint(ckpt_path, checkpoint_payload(epoch, batch + 1, counts))
                     bar.close()
-                    raise_interrupted(stop.signal, ckpt_path, epoch, batch)
+                    raise_interrupted(stop_signal, ckpt_path, epoch, batch)
             bar.close()
 
             # End of epoch: test D, draw the grid, log, decay, checkpoint.
-            n = max(counts["n"], 1)
-            val_real, val_fake = test_discriminator(
-                model_G, model_D, val_data, opt.noiseDim, opt.batchSize, device)
-            model_G.eval()
-            with torch.no_grad():
-                grid_path = save_dir / f"samples_epoch_{epoch:03d}.png"
-                save_grid(model_G(fixed_noise), grid_path)
-            model_G.train()
-            epoch_time = time.time() - epoch_start
-            summary = {
-                "epoch": epoch, "err_gen": counts["err_gen"] / n, "err_fake": counts["err_fake"] / n,
-                "err_real": counts["err_real"] / n, "skipped_D": counts["skipped_D"] / n,
-                "skipped_G": counts["skipped_G"] / n, "coefL2_D": sgdState_D["coefL2"],
-                "lr": sgdState_D["learningRate"], "train_acc": counts["correct_D"] / n,
-                "val_acc_real": val_real, "val_acc_fake": val_fake,
-                "val_acc": (val_real + val_fake) / 2, "images_per_s": images / max(epoch_time, 1e-9),
-                "time_s": elapsed,
-            }
-            epochs_writer.writerow([f"{summary[c]:.6g}" if isinstance(summary[c], float)
-                                    else summary[c] for c in EPOCH_COLUMNS])
-            log_file.flush()
-            epochs_file.flush()
-            print(f"<trainer> epoch {epoch}: gen {summary['err_gen']:.3f} fake {summary['err_fake']:.3f} "
-                  f"real {summary['err_real']:.3f} | skipped D {summary['skipped_D']:.0%} "
-                  f"G {summary['skipped_G']:.0%} | coefL2 {summary['coefL2_D']:.2e} | "
-                  f"D acc train {summary['train_acc']:.1%} val {summary['val_acc']:.1%} | "
-                  f"{summary['images_per_s']:.1f} img/s | {grid_path}")
-
-            if opt.evalEvery and epoch % opt.evalEvery == 0:
-                result = evaluate_samples(model_G, eval_real, opt, device)
-                row = {"epoch": epoch, "iteration": iteration, "time_s": f"{elapsed:.3f}",
-                       "images_seen": iteration * half * opt.K, **result}
-                eval_file, eval_writer = open_csv(eval_path, EVAL_COLUMNS)
-                with eval_file:
-                    # Levels above the image size (swd_64 at scale 32) stay empty.
-                    eval_writer.writerow([f"{row[c]:.6g}" if isinstance(row.get(c), float)
-                                          else row.get(c, "") for c in EVAL_COLUMNS])
-                print(f"<eval> epoch {epoch}: swd_avg {result['swd_avg']:.2f} face_rate "
-                      f"{result['face_rate']:.3f} diversity {result['diversity']:.3f} "
-                      f"({opt.evalSamples} samples, {result['eval_s']:.0f} s)")
+            # The other ranks wait for rank 0's report in the all-reduce of the stop flag.
+            if ranks.is_main:
+                report_epoch(counts, epoch_start, images)
+            stop_signal = ranks.max(stop.signal or 0)
 
             # The Lua decays after `epoch` has already advanced, hence epoch + 1.
             for state in (sgdState_D, sgdState_G):
@@ -789,13 +1105,15 @@ def train(opt, explicit=frozenset()):
                 state["learningRate"] = scheduled_learning_rate(opt.learningRate, epoch + 1)
             epoch += 1
             next_batch = 1
-            if (epoch - 1) % opt.saveFreq == 0 or epoch > opt.epochs or stop.signal is not None:
+            if ranks.is_main and ((epoch - 1) % opt.saveFreq == 0 or epoch > opt.epochs
+                                  or stop_signal):
                 save_checkpoint(ckpt_path, checkpoint_payload(epoch, 1, None))
                 print(f"<trainer> saving network to {ckpt_path}")
-            if stop.signal is not None:
-                raise_interrupted(stop.signal, ckpt_path, epoch - 1, batches_per_epoch)
-    log_file.close()
-    epochs_file.close()
+            if stop_signal:
+                raise_interrupted(stop_signal, ckpt_path, epoch - 1, batches_per_epoch)
+    if ranks.is_main:
+        log_file.close()
+        epochs_file.close()
 
 
 def raise_interrupted(signum, ckpt_path, epoch, batch):
