@@ -71,7 +71,7 @@ class Generator(nn.Module):
     The Lua clips samples with HardTanh only when plotting, so D is trained
     on the raw convolution output. `train_lfw.py` does the same.
     With `phase_upsample` (the default) each upsampling and the convolution
-    after it run as `upsample_conv5x5`; the layers and parameters stay the
+    after it run as `upsample_conv5x5`. The layers and parameters stay the
     plain ones, so checkpoints do not depend on the flag.
     """
 

@@ -1,10 +1,10 @@
 """Train the torch-gan generator and discriminator on LFW faces.
 
 A port of `train_lfw.lua` and `lfw_adverserial.lua`. Reads the LFW cache
-that `data_lfw.py` builds (or builds it from `--data`) and writes into
-`--save`: `log.csv` (one row per batch), `epochs.csv` (one row per epoch),
+that `data_lfw.py` builds, or builds it from `--data`. Writes into `--save`:
+`log.csv` (one row per batch), `epochs.csv` (one row per epoch),
 `samples_epoch_NNN.png` (a 10x10 grid from a fixed noise batch) and the
-checkpoint `adversarial.pt` (previous one kept as `adversarial.pt.old`).
+checkpoint `adversarial.pt`, with the previous one kept as `adversarial.pt.old`.
 
     python train_lfw.py --gpu 0 --data path/to/lfw-deepfunneled.tgz
     python train_lfw.py --network logs512_lfw64/adversarial.pt   # resume
@@ -60,7 +60,7 @@ BALANCE_CHOICES = ("none", "margin", "l2", "margin+l2")
 
 
 class TrainingError(Exception):
-    """A run that cannot start or continue; the message says why and what to do."""
+    """Error for a run that cannot start or continue. The message gives the cause and the fix."""
 
 
 class Interrupted(Exception):
@@ -92,6 +92,7 @@ def build_parser():
     p.add_argument("-d", "--noiseDim", type=int, default=512, help="dimension of the noise vector")
     p.add_argument("--K", type=int, default=1, help="D updates per G update")
     p.add_argument("--scale", type=int, default=64, help="image size in pixels, 32 or 64")
+
     # Options added by the port.
     p.add_argument("--data", default=None, help="LFW archive (.tgz), extracted folder or HDF5 cache; "
                    "default: data/lfw-deepfunneled.tgz, downloaded when missing")
@@ -1042,8 +1043,8 @@ def train(opt, explicit=frozenset(), ranks=None):
 
                 # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z))).
                 #     Half a batch of real images, half of generated ones.
+                real = data_lfw.to_float(train_data[idx])
                 for _ in range(opt.K):
-                    real = data_lfw.to_float(train_data[idx])
                     noise_inputs.normal_(0, 1)
                     with torch.no_grad(), autocast():
                         fake = model_G(noise_inputs[rank_half:])

@@ -25,8 +25,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -117,17 +115,6 @@ def torchrun(args, out, fail_rank=None):
 
 # ---------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A random 32 px cache of 48 images in the layout data_lfw.py writes."""
-    path = tmp_path_factory.mktemp("data") / "tiny_32.hdf5"
-    images = np.random.default_rng(0).integers(0, 256, size=(48, 3, 32, 32), dtype=np.uint8)
-    with h5py.File(path, "w") as f:
-        dataset = f.create_dataset("lfw", data=images)
-        dataset.attrs.update(crop=50, scale=32, count=48, source="synthetic", seed=1)
-    return path
 
 
 @pytest.fixture(scope="module")

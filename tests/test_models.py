@@ -68,7 +68,8 @@ def test_torch7_init_bounds():
     assert conv.weight.abs().max() > 0.9 * bound
     assert conv.bias.abs().max() <= bound
     bn = G.body[2]
-    assert (bn.weight >= 0).all() and (bn.weight <= 1).all()
+    assert (bn.weight >= 0).all()
+    assert (bn.weight <= 1).all()
     assert (bn.bias == 0).all()
 
 

@@ -85,7 +85,7 @@ def test_rmsprop_state_argument_holds_buffers():
     assert "m" not in config
 
 
-def test_adam_first_step_is_lr_over_50_times_sign():
+def test_adam_first_step_size():
     config = new_sgd_state(0.5)
     x = torch.zeros(2, dtype=torch.float64)
     optim_state.adam(constant_grad([4.0, -0.25]), x, config)

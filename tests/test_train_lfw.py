@@ -3,8 +3,6 @@
 import csv
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,17 +12,6 @@ import train_lfw
 MINI_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-deepfunneled-mini.tgz"
 TINY = ["--gpu", "-1", "--scale", "32", "--ngf", "8", "--ndf", "4", "--noiseDim", "16",
         "--batchSize", "8", "--nval", "8", "--epochSize", "32", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A random 32 px cache of 48 images in the layout data_lfw.py writes."""
-    path = tmp_path_factory.mktemp("data") / "tiny_32.hdf5"
-    images = np.random.default_rng(0).integers(0, 256, size=(48, 3, 32, 32), dtype=np.uint8)
-    with h5py.File(path, "w") as f:
-        dataset = f.create_dataset("lfw", data=images)
-        dataset.attrs.update(crop=50, scale=32, count=48, source="synthetic", seed=1)
-    return path
 
 
 def run(args):
